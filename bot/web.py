@@ -1,0 +1,88 @@
+"""The bot's own HTTP server: provider webhooks, input images for providers that need a URL, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from bot.app import App
+from providers.base import JobHandle
+from providers.errors import ProviderError
+from storage.jobs import FINAL
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+APP_KEY = web.AppKey("animabot", App)
+
+
+def make_web_app(app: App) -> web.Application:
+    web_app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+    web_app[APP_KEY] = app
+    web_app.router.add_get("/healthz", health)
+    web_app.router.add_post("/hooks/{token}", webhook)
+    web_app.router.add_get("/media/{token}", media)
+    return web_app
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    return web.json_response({"ok": True, "jobs_in_flight": app.tracker.pending(), "providers": app.router.names()})
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """A provider says a job changed. Verify it, then let the tracker look at the job right away.
+
+    Every answer is quick and carries no detail: a forger learns nothing, and duplicates or late
+    callbacks for finished jobs are acknowledged and ignored.
+    """
+    app = request.app[APP_KEY]
+    token = request.match_info["token"]
+    job = await app.jobs.by_webhook_token(token)
+    if job is None or job.handle is None or job.provider is None:
+        return web.Response(status=404)
+    provider = app.router.get(job.provider)
+    if provider is None:
+        return web.Response(status=404)
+    body = await request.read()
+    try:
+        event = await provider.verify_webhook(request.headers, body)
+    except ProviderError as exc:
+        # We could not check the signature just now (key fetch failed): ask the provider to deliver again.
+        log.warning("webhook for job %s could not be verified yet: %s", job.id, exc.detail)
+        return web.Response(status=503)
+    if event is None:
+        log.warning("webhook for job %s refused: bad signature, stale, or malformed", job.id)
+        return web.Response(status=401)
+    if event.request_id != JobHandle.from_json(job.handle).request_id:
+        return web.Response(status=400)
+    if job.phase not in FINAL:
+        # Even a signed callback only wakes the tracker: one status call confirms it (and is the only
+        # way to trust an unsigned Pixazo callback).
+        app.tracker.poke(job.id)
+    return web.Response(status=200)
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """The input image of a job in flight, under its unguessable token; gone once the job has been submitted
+    long enough ago or has finished."""
+    app = request.app[APP_KEY]
+    job = await app.jobs.by_webhook_token(request.match_info["token"])
+    if job is None or job.image_path is None or job.phase in FINAL:
+        return web.Response(status=404)
+    path = Path(job.image_path)
+    if not await asyncio.to_thread(path.is_file):
+        return web.Response(status=404)
+    return web.FileResponse(path, headers={"Content-Type": job.image_mime or "application/octet-stream"})
+
+
+async def start_web(app: App) -> web.AppRunner:
+    runner = web.AppRunner(make_web_app(app), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, app.settings.web_host, app.settings.web_port)
+    await site.start()
+    log.info("web server listening on %s:%s", app.settings.web_host, app.settings.web_port)
+    return runner
