@@ -16,6 +16,7 @@ from bot.ports import ReplyFactory
 from bot.service import AnimationService
 from bot.tracker import Tracker
 from providers.base import Provider
+from providers.http import RetryPolicy
 from providers.router import Router
 from storage.db import Database
 from storage.jobs import JobStore
@@ -24,8 +25,13 @@ from storage.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-def build_providers(settings: Settings, session: aiohttp.ClientSession) -> list[Provider]:
-    """Providers in the configured failover order; keys come from settings and go nowhere else."""
+def build_providers(
+    settings: Settings, session: aiohttp.ClientSession, *, policy: RetryPolicy | None = None
+) -> list[Provider]:
+    """Providers in the configured failover order; keys come from settings and go nowhere else.
+
+    `policy` overrides the HTTP retry policy (tests shorten backoff and timeouts with it); None = the default.
+    """
     built: list[Provider] = []
     for name in settings.provider_order():
         if name == "fal" and settings.fal_key:
@@ -37,6 +43,7 @@ def build_providers(settings: Settings, session: aiohttp.ClientSession) -> list[
                     api_key=settings.fal_key.get_secret_value(),
                     base_url=settings.fal_base_url,
                     jwks_url=settings.fal_jwks_url,
+                    policy=policy,
                 )
             )
         elif name == "pixazo" and settings.pixazo_api_key:
@@ -44,7 +51,10 @@ def build_providers(settings: Settings, session: aiohttp.ClientSession) -> list[
 
             built.append(
                 PixazoProvider(
-                    session, api_key=settings.pixazo_api_key.get_secret_value(), base_url=settings.pixazo_base_url
+                    session,
+                    api_key=settings.pixazo_api_key.get_secret_value(),
+                    base_url=settings.pixazo_base_url,
+                    policy=policy,
                 )
             )
         elif name == "wavespeed" and settings.wavespeed_api_key:
@@ -52,7 +62,10 @@ def build_providers(settings: Settings, session: aiohttp.ClientSession) -> list[
 
             built.append(
                 WaveSpeedProvider(
-                    session, api_key=settings.wavespeed_api_key.get_secret_value(), base_url=settings.wavespeed_base_url
+                    session,
+                    api_key=settings.wavespeed_api_key.get_secret_value(),
+                    base_url=settings.wavespeed_base_url,
+                    policy=policy,
                 )
             )
         elif name == "preview":
@@ -76,7 +89,14 @@ class App:
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    async def build(cls, settings: Settings, *, clock: Callable[[], float] | None = None) -> App:
+    async def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> App:
+        """Wire everything from settings. `clock` and `retry_policy` exist for tests and benchmarks only."""
         import time
 
         now = clock or time.time
@@ -84,7 +104,7 @@ class App:
         session = aiohttp.ClientSession()
         ledger = Ledger(db, starting_credits=settings.starting_credits, clock=now)
         jobs = JobStore(db, clock=now)
-        router = Router(build_providers(settings, session))
+        router = Router(build_providers(settings, session, policy=retry_policy))
         lifecycle = Lifecycle(
             settings=settings,
             ledger=ledger,

@@ -166,6 +166,7 @@ async def one_job(app: App, args: argparse.Namespace) -> int:
         if submitted.joined:
             print(messages.DUPLICATE.format(job_id=job.id), file=sys.stderr)
         waiter = waiters.setdefault(job.id, asyncio.get_running_loop().create_future())
+        await app.tracker.wait_finished(job.id)  # delivered and captured, or refunded: settled either way
         ok, text = await waiter
         print(text, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else EXIT_FAILED

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from bot import messages
-from bot.budget import within_budget
+from bot.budget import budget_alert, cap_usd_micros, start_of_utc_day
 from bot.config import Settings
 from bot.media import MediaError, make_thumbnail, probe_video
 from bot.polling import PollPlanner, variant
@@ -33,7 +33,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.router import NoProviderAccepted, Router
-from storage.jobs import AT_PROVIDER, FINAL, Job, JobStore, Phase
+from storage.jobs import AT_PROVIDER, FINAL, Claim, Job, JobStore, Phase
 from storage.ledger import InsufficientCredits, Ledger
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Lifecycle:
         self._clock = clock
         self._attempts: dict[str, int] = {}
         self._last_progress: dict[str, tuple[Phase, int | None]] = {}
+        self._looked: dict[str, float] = {}  # when each job was last seen unfinished at its provider
         self.videos_dir = settings.data_dir / "videos"
 
     def reply_for(self, job: Job) -> Reply | None:
@@ -78,6 +79,11 @@ class Lifecycle:
         if job is None:
             return None
         if job.phase in FINAL:
+            # Killed between writing the final phase and settling? Settle now: both calls are idempotent.
+            if job.phase is Phase.DELIVERED:
+                await self.ledger.capture(job.id)
+            else:
+                await self.ledger.release(job.id, reason=f"job {job.phase.value}")
             return await self._notify_final(job)
         if (
             job.phase in (Phase.RECEIVED, Phase.HELD, Phase.SUBMITTING, *AT_PROVIDER)
@@ -119,9 +125,14 @@ class Lifecycle:
         quote = self.router.quote_usd_micros(spec, str(preferred) if preferred else None)
         if quote is None:
             return await self._fail(job, messages.PROVIDER_CANNOT.format(what=job.kind), charged=False)
-        if not await within_budget(self.settings, self.jobs, quote, self._clock()):
+        now = self._clock()
+        claim = await self.jobs.begin_submit(
+            job.id, usd_micros=quote, cap_usd_micros=cap_usd_micros(self.settings), since=start_of_utc_day(now)
+        )
+        if claim is Claim.OVER_BUDGET:
+            budget_alert(self.settings)
             return await self._fail(job, messages.BUDGET_REACHED, charged=False)
-        if not await self.jobs.advance(job.id, Phase.SUBMITTING, only_from=frozenset({Phase.HELD})):
+        if claim is Claim.MOVED:
             return 0.0
         try:
             accepted = await self.router.submit(spec, str(preferred) if preferred else None)
@@ -148,6 +159,10 @@ class Lifecycle:
             submitted_at=now,
         )
         log.info("job %s submitted to %s as %s", job.id, accepted.provider.name, accepted.handle.request_id)
+        for skipped in accepted.skipped:
+            if isinstance(skipped, OperatorError):
+                # Failover saved this job, but a bad key or an empty account stays broken until someone acts.
+                alerts.error("job %s went to %s because %s", job.id, accepted.provider.name, skipped)
         fresh = await self.jobs.get(job.id)
         if fresh is not None:
             await self._progress(fresh, Phase.SUBMITTED, None)
@@ -180,7 +195,7 @@ class Lifecycle:
             return await self._fail(job, messages.REJECTED.format(reason=reason), charged=status.charged)
         if status.state is JobState.COMPLETED:
             started = job.started_at or status.started_at
-            run_s = now - (started or job.submitted_at or now)
+            run_s = self._run_seconds(job, status, started, now)
             queue_s = (started - job.submitted_at) if started and job.submitted_at else None
             moved = await self.jobs.advance(
                 job.id,
@@ -200,8 +215,25 @@ class Lifecycle:
             await self.jobs.advance(
                 job.id, phase, only_from=AT_PROVIDER, queue_position=status.queue_position, started_at=started_at
             )
+        self._looked[job.id] = now
         await self._progress(job, phase, status.queue_position)
         return await self._poll_delay(job, status.state, started_at)
+
+    def _run_seconds(self, job: Job, status: JobStatus, started: float | None, now: float) -> float:
+        """How long the provider worked on the job, for the planner to learn.
+
+        Not simply "now - started": that adds our own polling lateness, and a planner that learns it opens its
+        window late, never looks earlier, and so never learns otherwise. The provider's finish time (same clock
+        as its start) is exact; without one, a polled job finished between our last look and this one.
+        """
+        begin = started or job.submitted_at or now
+        finished = status.finished_at
+        if finished is not None and started is not None and 0 <= finished - started <= now - begin + 60:
+            return finished - started
+        looked = self._looked.get(job.id)
+        if looked is not None and looked >= begin and not self._push_tracked(job):
+            return max(0.0, (looked + now) / 2 - begin)
+        return max(0.0, now - begin)
 
     async def _fetch(self, job: Job) -> float | None:
         provider, handle = self._provider(job)
@@ -340,9 +372,13 @@ class Lifecycle:
         except Exception as exc:  # progress is cosmetic; never let it stop a job
             log.info("job %s: progress update failed: %s", job.id, exc)
 
-    async def _poll_delay(self, job: Job, state: JobState, started_at: float | None) -> float:
+    def _push_tracked(self, job: Job) -> bool:
+        """True when the provider was given a callback URL for this job (so polls are only a safety net)."""
         provider = self.router.get(job.provider or "")
-        push = bool(job.webhook_token and provider and provider.capabilities.push and self._push_ok(job.provider))
+        return bool(job.webhook_token and provider and provider.capabilities.push and self._push_ok(job.provider))
+
+    async def _poll_delay(self, job: Job, state: JobState, started_at: float | None) -> float:
+        push = self._push_tracked(job)
         return await self.planner.next_delay(
             provider=job.provider or "?",
             key=variant(job.kind, dict(job.options)),
@@ -395,6 +431,7 @@ class Lifecycle:
     def _forget(self, job_id: str) -> None:
         self._attempts.pop(job_id, None)
         self._last_progress.pop(job_id, None)
+        self._looked.pop(job_id, None)
 
 
 def _opt(value: object) -> str | None:

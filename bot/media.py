@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import av
-from PIL import Image, UnidentifiedImageError, features
+from PIL import Image, ImageFile, UnidentifiedImageError, features
 
 MIN_SIDE = 64
 URL_TIMEOUT_S = 30.0
@@ -143,6 +143,14 @@ def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | No
     )
 
 
+def _open(data: bytes, formats: tuple[str, ...]) -> ImageFile.ImageFile:
+    """Image.open from the header only, with Pillow's bomb warning raised as an error for this call alone."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        # Pillow warns (not raises) between 1× and 2× its global limit; make that an error here only.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=formats)
+
+
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage:
     """Validate member image bytes completely (size, format, pixel count, full decode) or raise MediaError."""
     if not data:
@@ -150,10 +158,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
     if len(data) > max_bytes:
         raise MediaError(f"That image is {megabytes(len(data))}; the limit is {megabytes(max_bytes)}.")
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            # Pillow warns (not raises) between 1× and 2× its global limit; make that an error here only.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
+        im = _open(data, OPEN_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(max_pixels) from exc
     except UnidentifiedImageError as exc:
@@ -170,11 +175,14 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
                 f"That image is only {width} × {height} pixels; send one at least {MIN_SIDE} pixels on each side."
             )
         fmt = str(im.format)
+        if fmt not in MIME_BY_FORMAT:
+            raise _refuse_unreadable(data)
         try:
             # GIF's is_animated skips frame 1's data without decoding it; WebP and AVIF read it from the header.
-            animated = bool(getattr(im, "is_animated", False))
+            # An MPO's extra frames are a camera's stereo or depth views, not an animation.
+            animated = fmt != "MPO" and bool(getattr(im, "is_animated", False))
             im.seek(0)
-            # load() decodes every byte of the first frame; with LOAD_TRUNCATED_IMAGES False (Pillow's default,
+            # load() decodes every byte of the first frame; with ImageFile.LOAD_TRUNCATED_IMAGES False (the default,
             # never changed here) a cut-off file raises instead of being padded with grey.
             im.load()
         except Exception as exc:
@@ -182,7 +190,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
     if fmt == "PNG":
         # PNG decoding stops at the end of the pixel data; verify() also checks every chunk CRC up to IEND.
         try:
-            with Image.open(io.BytesIO(data), formats=("PNG",)) as again:
+            with _open(data, ("PNG",)) as again:
                 again.verify()
         except Exception as exc:
             raise MediaError("That image file is incomplete or damaged; please send it again.") from exc

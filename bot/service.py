@@ -69,6 +69,13 @@ class AnimationService:
                 )
             except MediaError as exc:
                 raise UserError(exc.user_message) from exc
+        user = req.requester.user_id
+        key = dedupe_key(req.kind, req.prompt, image.data if image else None, options)
+        existing = await self.jobs.open_duplicate(user, key)
+        if existing is not None:
+            # A double click joins the clip being made before any balance or budget check: the first request
+            # already holds the credits, so the second must neither be charged nor refused for lack of them.
+            return Submitted(existing, joined=True, balance=await self.balance(user))
         spec = JobSpec(
             kind=req.kind,
             prompt=req.prompt.strip(),
@@ -80,16 +87,11 @@ class AnimationService:
         if quote is None:
             raise UserError(messages.PROVIDER_CANNOT.format(what=_describe(req.kind, options)))
         await self.check_budget(quote)
-        user = req.requester.user_id
         await self.ledger.ensure_user(user)
         cost = credit_cost(self.settings, req.kind, options)
         balance = await self.ledger.balance(user)
         if balance < cost:
             raise UserError(messages.not_enough_credits(balance, cost))
-        key = dedupe_key(req.kind, req.prompt, image.data if image else None, options)
-        existing = await self.jobs.open_duplicate(user, key)
-        if existing is not None:
-            return Submitted(existing, joined=True, balance=balance)
         job_id = new_job_id()
         image_path = None
         if image is not None:

@@ -22,9 +22,17 @@ class Tracker:
     again right after. Concurrency is bounded so a burst of due jobs cannot flood providers.
     """
 
-    def __init__(self, step: Step, *, concurrency: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        step: Step,
+        *,
+        concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+        error_delay: float = 30.0,
+    ) -> None:
         self._step = step
         self._clock = clock
+        self._error_delay = error_delay  # how soon a step that raised is tried again
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
         self._running: set[str] = set()
@@ -35,6 +43,7 @@ class Tracker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._finished: dict[str, asyncio.Event] = {}
         self._stopping = False
 
     def schedule(self, job_id: str, delay: float) -> None:
@@ -60,6 +69,10 @@ class Tracker:
     def pending(self) -> int:
         return len(self._due) + len(self._running)
 
+    async def wait_finished(self, job_id: str) -> None:
+        """Return once `step` has reported the job done (settled and the member told)."""
+        await self._finished.setdefault(job_id, asyncio.Event()).wait()
+
     async def wait_idle(self) -> None:
         """Return once no job is scheduled or running (used by one-shot commands and tests)."""
         await self._idle.wait()
@@ -72,6 +85,8 @@ class Tracker:
                 if self._due.get(job_id) != at:
                     continue  # superseded by an earlier schedule
                 del self._due[job_id]
+                # Counted as running from here: a poke while we wait for a slot must not queue a second step.
+                self._running.add(job_id)
                 await self._slots.acquire()
                 self._start(job_id)
             self._check_idle()
@@ -88,13 +103,12 @@ class Tracker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _start(self, job_id: str) -> None:
-        self._running.add(job_id)
         task = asyncio.create_task(self._run_one(job_id), name=f"job-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run_one(self, job_id: str) -> None:
-        delay: float | None = 30.0
+        delay: float | None = self._error_delay
         try:
             delay = await self._step(job_id)
         except asyncio.CancelledError:
@@ -113,6 +127,8 @@ class Tracker:
             delay = min(delay if delay is not None else float("inf"), max(0.0, pending - self._clock()))
         if delay is not None:
             self.schedule(job_id, delay)
+        else:
+            self._finished.setdefault(job_id, asyncio.Event()).set()
         self._check_idle()
         self._wake.set()
 

@@ -80,9 +80,18 @@ async def media(request: web.Request) -> web.StreamResponse:
 
 
 async def start_web(app: App) -> web.AppRunner:
+    """Serve on WEB_HOST:WEB_PORT (port 0 picks a free one: read it back with `bound_port`)."""
     runner = web.AppRunner(make_web_app(app), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, app.settings.web_host, app.settings.web_port)
     await site.start()
-    log.info("web server listening on %s:%s", app.settings.web_host, app.settings.web_port)
+    log.info("web server listening on %s:%s", app.settings.web_host, bound_port(runner))
     return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port the server actually listens on (differs from WEB_PORT when that is 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("the web server is not listening on a TCP port")

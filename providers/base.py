@@ -94,6 +94,7 @@ class JobStatus:
     error: str | None = None
     charged: bool = True
     started_at: float | None = None  # epoch seconds the provider began processing, when it says so
+    finished_at: float | None = None  # epoch seconds it finished (terminal states), on the provider's clock
     video: VideoResult | None = None  # some providers return outputs with the status
 
 

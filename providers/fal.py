@@ -239,7 +239,9 @@ class FalProvider:
                     error=self._error_text(error, error_type),
                     charged=error_type not in UNBILLED_ERROR_TYPES,
                 )
-            return JobStatus(JobState.COMPLETED, logs=logs, started_at=started_at)
+            return JobStatus(
+                JobState.COMPLETED, logs=logs, started_at=started_at, finished_at=_finished(started_at, body)
+            )
         label = str(state)[:40]
         if label not in self._unknown_statuses:
             self._unknown_statuses.add(label)
@@ -340,3 +342,12 @@ class FalProvider:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[redacted]")
+
+
+def _finished(started_at: float | None, body: Mapping[str, Any]) -> float | None:
+    """When the run ended, from the runner's first log line plus `metrics.inference_time` (PROTOCOLS §2)."""
+    metrics = body.get("metrics")
+    took = metrics.get("inference_time") if isinstance(metrics, dict) else None
+    if started_at is None or isinstance(took, bool) or not isinstance(took, int | float) or not 0 <= took < 86400:
+        return None
+    return started_at + float(took)

@@ -98,7 +98,8 @@ def parse_status(body: Any) -> tuple[str, JobStatus]:
     error = body.get("error")
     error_text = error if isinstance(error, str) and error else None
     if state is JobState.COMPLETED:
-        return request_id, JobStatus(state=state, video=_video(body.get("output")))
+        finished = parse_time(body.get("completed_at"))
+        return request_id, JobStatus(state=state, video=_video(body.get("output")), finished_at=finished)
     if state is JobState.FAILED:
         # Seed 003: ERROR is "System error — not charged"; FAILED says nothing, so assume it was billed.
         charged = raw_state != "ERROR"

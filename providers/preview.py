@@ -43,6 +43,7 @@ ZOOM = 1.18  # how far the Ken Burns zoom goes in by the last frame
 LONG_SIDE = {"512P": 512, "1024P": 1024}
 T2V_SIZES = {"3:2": (768, 512), "1:1": (512, 512), "2:3": (512, 768)}  # fal distill's sizes (seed 004)
 QUEUE_START = 3  # queue position reported at submit; counts down to 0 over the queued half
+MAX_LINES = 6  # of prompt text on a text-to-video preview
 PROMPT_CHARS = 300  # what fits on screen; stored in the handle so rendering survives a restart
 
 CAPABILITIES = Capabilities(
@@ -106,7 +107,7 @@ class PreviewProvider:
         created = _float(handle.extra, "created")
         half = self.queue_seconds / 2
         elapsed = self._clock() - created
-        if elapsed < half:
+        if half > 0 and elapsed < half:
             position = min(QUEUE_START, max(0, math.ceil(QUEUE_START * (half - elapsed) / half) - 1))
             return JobStatus(JobState.QUEUED, queue_position=position)
         if elapsed < self.queue_seconds:
@@ -231,7 +232,7 @@ def encode_mp4(path: Path, frames: Iterable[Image.Image]) -> None:
                 stream.width, stream.height = image.size
                 stream.pix_fmt = "yuv420p"
                 stream.options = {"crf": "23", "preset": "veryfast"}
-            frame = av.VideoFrame.from_image(image)
+            frame = av.VideoFrame.from_image(image)  # type: ignore[no-untyped-call]
             frame.pts = index
             frame.time_base = Fraction(1, FPS)
             for packet in stream.encode(frame):
@@ -308,25 +309,26 @@ def _text_panel(prompt: str, width: int, height: int) -> Image.Image:
     font = _font(max(16, width // 24))
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
     char_w = max(1.0, measure.textlength("abcdefghijklmnopqrstuvwxyz", font=font) / 26)
-    lines = textwrap.wrap(" ".join(prompt.split()), width=max(8, int(width * 0.8 / char_w)))[:6]
-    if not lines:
-        lines = ["(no prompt)"]
+    lines = textwrap.wrap(" ".join(prompt.split()), width=max(8, int(width * 0.8 / char_w))) or ["(no prompt)"]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[: MAX_LINES - 1], lines[MAX_LINES - 1].rstrip(".,;: ") + " …"]
     text = "\n".join(lines)
     left, top, right, bottom = measure.multiline_textbbox((0, 0), text, font=font, spacing=6, align="center")
     pad = 16
-    panel = Image.new("RGBA", (min(width, right - left + 2 * pad), min(height, bottom - top + 2 * pad)))
+    size = (min(width, math.ceil(right - left) + 2 * pad), min(height, math.ceil(bottom - top) + 2 * pad))
+    panel = Image.new("RGBA", size)
     draw = ImageDraw.Draw(panel)
-    draw.rounded_rectangle((0, 0, panel.width - 1, panel.height - 1), radius=14, fill=(0, 0, 0, 110))
+    draw.rounded_rectangle((0, 0, size[0] - 1, size[1] - 1), radius=14, fill=(0, 0, 0, 110))
     draw.multiline_text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255), spacing=6, align="center")
     return panel
 
 
 def _label(text: str) -> Image.Image:
     font = _font(14)
-    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
-    label = Image.new("RGBA", (right - left + 12, bottom - top + 8))
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    size = (math.ceil(right - left) + 12, math.ceil(bottom - top) + 8)
+    label = Image.new("RGBA", size)
     draw = ImageDraw.Draw(label)
-    draw.rounded_rectangle((0, 0, label.width - 1, label.height - 1), radius=6, fill=(0, 0, 0, 120))
+    draw.rounded_rectangle((0, 0, size[0] - 1, size[1] - 1), radius=6, fill=(0, 0, 0, 120))
     draw.text((6 - left, 4 - top), text, font=font, fill=(255, 255, 255, 230))
     return label

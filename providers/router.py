@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class CircuitBreaker:
-    """Opens after `threshold` failures in a row; lets one trial through after `cooldown` seconds."""
+    """Opens after `threshold` failures in a row; lets one trial through after `cooldown` seconds.
+
+    While that trial is out (half-open) every other call is refused; its success closes the breaker, its
+    failure opens it for another cooldown. A trial that never reports back expires after one cooldown.
+    """
 
     def __init__(self, threshold: int = 3, cooldown: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.threshold = threshold
@@ -29,20 +33,31 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self._trial_at: float | None = None
 
     @property
     def open(self) -> bool:
         return self._opened_at is not None and self._clock() - self._opened_at < self.cooldown
 
     def allow(self) -> bool:
-        return not self.open
+        if self._opened_at is None:
+            return True
+        now = self._clock()
+        if now - self._opened_at < self.cooldown:
+            return False
+        if self._trial_at is not None and now - self._trial_at < self.cooldown:
+            return False  # half-open: one trial is already out
+        self._trial_at = now
+        return True
 
     def success(self) -> None:
         self._failures = 0
         self._opened_at = None
+        self._trial_at = None
 
     def failure(self) -> None:
         self._failures += 1
+        self._trial_at = None
         if self._failures >= self.threshold:
             self._opened_at = self._clock()
 
@@ -61,6 +76,7 @@ class NoProviderAccepted(ProviderError):
 class Accepted:
     provider: Provider
     handle: JobHandle
+    skipped: tuple[ProviderError, ...] = ()  # why earlier providers in the order did not take the job
 
 
 class Router:
@@ -108,7 +124,11 @@ class Router:
                 continue
             try:
                 handle = await provider.submit(spec)
-            except (JobRejected, SubmitOutcomeUnknown):
+            except JobRejected:
+                breaker.success()  # the provider answered: it is up, it just will not make this clip
+                raise
+            except SubmitOutcomeUnknown:
+                breaker.failure()
                 raise
             except (TransientError, OperatorError) as exc:
                 breaker.failure()
@@ -116,6 +136,6 @@ class Router:
                 errors.append(exc)
                 continue
             breaker.success()
-            return Accepted(provider, handle)
+            return Accepted(provider, handle, tuple(errors))
         operator = any(isinstance(e, OperatorError) for e in errors)
         raise NoProviderAccepted(errors, operator=operator)

@@ -90,6 +90,18 @@ class NewJob:
     webhook_token: str | None
 
 
+class Claim(StrEnum):
+    """What `begin_submit` did."""
+
+    CLAIMED = "claimed"  # now SUBMITTING, its cost counted against today's budget
+    OVER_BUDGET = "over budget"  # left HELD: submitting it would pass the operator's cap
+    MOVED = "moved"  # no longer HELD (another step got there first): nothing to do
+
+
+# Provider spend: every job a provider took, or may have taken, and may bill.
+_SPENT_SQL = "SELECT COALESCE(SUM(usd_micros), 0) FROM jobs WHERE submitted_at >= ? AND provider_charged = 1"
+
+
 class DuplicateJob(Exception):
     """An identical request from the same member is still in flight."""
 
@@ -123,42 +135,44 @@ class JobStore:
     async def create(self, new: NewJob) -> Job:
         """Record a received job; DuplicateJob if the same member has the same request open."""
         now = self._clock()
+        values = (
+            new.id,
+            new.user_id,
+            new.community_id,
+            new.kind,
+            new.prompt,
+            json.dumps(dict(new.options)),
+            new.cost,
+            json.dumps(dict(new.reply)),
+            new.dedupe_key,
+            new.image_path,
+            new.image_mime,
+            new.image_url,
+            new.webhook_token,
+            new.deadline_at,
+            now,
+            now,
+        )
+
+        def insert(conn: sqlite3.Connection) -> sqlite3.Row:
+            rows: list[sqlite3.Row] = conn.execute(
+                "INSERT INTO jobs (id, user_id, community_id, kind, state, prompt, options, cost, reply,"
+                " dedupe_key, image_path, image_mime, image_url, webhook_token, deadline_at, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                values,
+            ).fetchall()
+            _event(conn, new.id, Phase.RECEIVED, "", now)
+            return rows[0]
+
         try:
-            async with self.db.transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO jobs (id, user_id, community_id, kind, state, prompt, options, cost, reply,"
-                    " dedupe_key, image_path, image_mime, image_url, webhook_token, deadline_at, created_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.id,
-                        new.user_id,
-                        new.community_id,
-                        new.kind,
-                        new.prompt,
-                        json.dumps(dict(new.options)),
-                        new.cost,
-                        json.dumps(dict(new.reply)),
-                        new.dedupe_key,
-                        new.image_path,
-                        new.image_mime,
-                        new.image_url,
-                        new.webhook_token,
-                        new.deadline_at,
-                        now,
-                        now,
-                    ),
-                )
-                await _event(conn, new.id, Phase.RECEIVED, "", now)
+            row = await self.db.run(insert)
         except sqlite3.IntegrityError as exc:
             if new.dedupe_key is not None:
                 existing = await self.open_duplicate(new.user_id, new.dedupe_key)
                 if existing is not None:
                     raise DuplicateJob(existing.id) from exc
             raise
-        job = await self.get(new.id)
-        if job is None:  # pragma: no cover - we just committed it
-            raise RuntimeError(f"job {new.id} vanished after insert")
-        return job
+        return _job(row)
 
     async def open_duplicate(self, user_id: str, dedupe_key: str) -> Job | None:
         row = await self.db.fetchone(
@@ -180,16 +194,45 @@ class JobStore:
         sets = ", ".join(f"{name} = ?" for name in fields)
         values = [_db_value(v) for v in fields.values()]
         marks = ", ".join("?" for _ in allowed)
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                f"UPDATE jobs SET state = ?, updated_at = ?{', ' + sets if sets else ''}"  # noqa: S608 - column names are whitelisted
-                f" WHERE id = ? AND state IN ({marks})",
-                (phase.value, now, *values, job_id, *(p.value for p in allowed)),
-            )
-            if cur.rowcount != 1:
+        sql = (
+            f"UPDATE jobs SET state = ?, updated_at = ?{', ' + sets if sets else ''}"  # noqa: S608 - column names are whitelisted
+            f" WHERE id = ? AND state IN ({marks})"
+        )
+        params = (phase.value, now, *values, job_id, *(p.value for p in allowed))
+
+        def move(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql, params).rowcount != 1:
                 return False
-            await _event(conn, job_id, phase, detail, now)
-        return True
+            _event(conn, job_id, phase, detail, now)
+            return True
+
+        return await self.db.run(move)
+
+    async def begin_submit(self, job_id: str, *, usd_micros: int, cap_usd_micros: int, since: float) -> Claim:
+        """HELD -> SUBMITTING, counting `usd_micros` as spent at once, unless that passes the cap (0 = none).
+
+        The check and the write are one atomic step, so concurrent submits can never together pass the
+        operator's daily cap; a submit that turns out not to be billed gives the amount back (`provider_charged`).
+        """
+        now = self._clock()
+
+        def claim(conn: sqlite3.Connection) -> Claim:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] != Phase.HELD.value:
+                return Claim.MOVED
+            if cap_usd_micros > 0:
+                spent = conn.execute(_SPENT_SQL, (since,)).fetchone()[0]
+                if spent + usd_micros > cap_usd_micros:
+                    return Claim.OVER_BUDGET
+            conn.execute(
+                "UPDATE jobs SET state = ?, usd_micros = ?, provider_charged = 1, submitted_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (Phase.SUBMITTING.value, usd_micros, now, now, job_id),
+            )
+            _event(conn, job_id, Phase.SUBMITTING, "", now)
+            return Claim.CLAIMED
+
+        return await self.db.run(claim)
 
     async def update(self, job_id: str, **fields: Any) -> None:
         """Set fields without changing the phase (queue position, notification time, ...)."""
@@ -197,11 +240,9 @@ class JobStore:
         if unknown or not fields:
             raise ValueError(f"bad job fields {sorted(unknown)}")
         sets = ", ".join(f"{name} = ?" for name in fields)
-        async with self.db.write() as conn:
-            await conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608 - column names are whitelisted
-                (*(_db_value(v) for v in fields.values()), self._clock(), job_id),
-            )
+        sql = f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?"  # noqa: S608 - column names are whitelisted
+        params = (*(_db_value(v) for v in fields.values()), self._clock(), job_id)
+        await self.db.run(lambda conn: conn.execute(sql, params))
 
     async def get(self, job_id: str) -> Job | None:
         row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -228,11 +269,8 @@ class JobStore:
 
     async def spent_usd_micros_since(self, since: float) -> int:
         """Provider spend since `since`, counting every job a provider took and may bill."""
-        row = await self.db.fetchone(
-            "SELECT COALESCE(SUM(usd_micros), 0) AS s FROM jobs WHERE submitted_at >= ? AND provider_charged = 1",
-            (since,),
-        )
-        return int(row["s"]) if row else 0
+        row = await self.db.fetchone(_SPENT_SQL, (since,))
+        return int(row[0]) if row else 0
 
     async def events(self, job_id: str) -> list[tuple[str, str]]:
         rows = await self.db.fetchall("SELECT state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
@@ -242,17 +280,21 @@ class JobStore:
         self, provider: str, variant: str, queue_seconds: float | None, run_seconds: float, keep: int = 200
     ) -> None:
         """Remember how long a job took, keeping the newest `keep` samples per provider and variant."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
+        now = self._clock()
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO run_samples (provider, variant, queue_seconds, run_seconds, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (provider, variant, queue_seconds, run_seconds, self._clock()),
+                (provider, variant, queue_seconds, run_seconds, now),
             )
-            await conn.execute(
+            conn.execute(
                 "DELETE FROM run_samples WHERE provider = ? AND variant = ? AND id NOT IN"
                 " (SELECT id FROM run_samples WHERE provider = ? AND variant = ? ORDER BY id DESC LIMIT ?)",
                 (provider, variant, provider, variant, keep),
             )
+
+        await self.db.run(record)
 
     async def run_samples(self, provider: str, variant: str) -> list[tuple[float | None, float]]:
         rows = await self.db.fetchall(
@@ -262,8 +304,8 @@ class JobStore:
         return [(r["queue_seconds"], r["run_seconds"]) for r in rows]
 
 
-async def _event(conn: Any, job_id: str, phase: Phase, detail: str, now: float) -> None:
-    await conn.execute(
+def _event(conn: sqlite3.Connection, job_id: str, phase: Phase, detail: str, now: float) -> None:
+    conn.execute(
         "INSERT INTO job_events (job_id, state, detail, at) VALUES (?, ?, ?, ?)", (job_id, phase.value, detail, now)
     )
 

@@ -72,18 +72,21 @@ class Ledger:
         """Create the member on first sight, with the starting balance as a welcome grant."""
         if user_id in self._known:
             return
-        now = self._clock()
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+        now, welcome = self._clock(), self.starting_credits
+
+        def create(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
                 "INSERT INTO users (id, balance, created_at) VALUES (?, 0, ?) ON CONFLICT (id) DO NOTHING",
                 (user_id, now),
             )
-            if cur.rowcount == 1 and self.starting_credits > 0:
-                await conn.execute(
+            if cur.rowcount == 1 and welcome > 0:
+                conn.execute(
                     "INSERT INTO ledger (user_id, kind, amount, idem_key, actor, reason, created_at)"
                     " VALUES (?, 'grant', ?, ?, 'system', 'welcome credits', ?)",
-                    (user_id, self.starting_credits, f"welcome:{user_id}", now),
+                    (user_id, welcome, f"welcome:{user_id}", now),
                 )
+
+        await self.db.run(create)
         self._known.add(user_id)
 
     async def balance(self, user_id: str) -> int:
@@ -122,25 +125,36 @@ class Ledger:
         return await self._settle(job_id, EntryKind.RELEASE, actor, reason)
 
     async def _settle(self, job_id: str, kind: EntryKind, actor: str, reason: str) -> bool:
-        hold = await self.get_hold(job_id)
-        if hold is None or hold.state != "held":
-            return False
-        amount = hold.amount if kind is EntryKind.RELEASE else 0
-        try:
-            return await self._insert(hold.user_id, kind, amount, f"settle:{job_id}", job_id, actor, reason)
-        except sqlite3.IntegrityError:
-            return False  # settled by a concurrent caller between our read and our write: theirs stands
+        # One statement reads the open hold and writes the entry, so no read can go stale in between; the
+        # idem key and the guard trigger make a second settlement (capture after release, or vice versa) a no-op.
+        now = self._clock()
+
+        def settle(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO ledger (user_id, kind, amount, idem_key, job_id, actor, reason, created_at)"
+                " SELECT user_id, ?, CASE WHEN ? = 'release' THEN amount ELSE 0 END, ?, job_id, ?, ?, ?"
+                " FROM holds WHERE job_id = ? AND state = 'held'"
+                " ON CONFLICT (idem_key) DO NOTHING",
+                (kind.value, kind.value, f"settle:{job_id}", actor, reason, now, job_id),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.run(settle)
 
     async def _insert(
         self, user_id: str, kind: EntryKind, amount: int, key: str, job_id: str | None, actor: str, reason: str
     ) -> bool:
-        async with self.db.write() as conn:
-            cur = await conn.execute(
+        row = (user_id, kind.value, amount, key, job_id, actor, reason, self._clock())
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "INSERT INTO ledger (user_id, kind, amount, idem_key, job_id, actor, reason, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idem_key) DO NOTHING",
-                (user_id, kind.value, amount, key, job_id, actor, reason, self._clock()),
+                row,
             )
             return cur.rowcount == 1
+
+        return await self.db.run(insert)
 
     async def get_hold(self, job_id: str) -> Hold | None:
         row = await self.db.fetchone("SELECT * FROM holds WHERE job_id = ?", (job_id,))

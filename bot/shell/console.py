@@ -117,7 +117,7 @@ class Console:
 
 
 async def run_console(service: AnimationService, *, user: str = "local") -> None:
-    """Read commands until /quit or end of input, then wait for jobs still in flight."""
+    """Read commands until /quit (leave at once) or end of input (wait for jobs still in flight)."""
     console = Console(service, user=user)
     console.say(f"animabot shell · you are {user} · try: /animate {Path('assets/sample.png')} the sun rises · /help")
     lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -132,8 +132,12 @@ async def run_console(service: AnimationService, *, user: str = "local") -> None
     threading.Thread(target=reader, name="stdin", daemon=True).start()
     while True:
         line = await lines.get()
-        if line is None or not await console.handle(line):
+        if line is None:
             break
+        if not await console.handle(line):
+            if service.tracker.pending():
+                console.say(f"{service.tracker.pending()} job(s) still in flight will finish on the next start.")
+            return
     if service.tracker.pending():
         console.say(f"Waiting for {service.tracker.pending()} job(s) to finish…")
         await service.tracker.wait_idle()

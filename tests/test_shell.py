@@ -1,0 +1,69 @@
+"""The shell front-end driven through its stdin, as `make run` starts it with no tokens."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bot.media import probe_video
+from tests.cli_run import run_cli
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample.png"
+
+
+def test_a_session_in_the_shell(tmp_path: Path) -> None:
+    typed = "\n".join(
+        [
+            "/help",
+            "/balance",
+            f"/animate {SAMPLE} the sun rises over the hills",
+            f"/animate {SAMPLE} the sun rises over the hills",
+            "/video a paper boat drifts on a pond --duration 5s",
+            "/animate nope.png make it move",
+            f"/animate {SAMPLE}",
+            "/animate " + str(SAMPLE) + " go --resolution 720P",
+            "/frobnicate",
+            "hello bot",
+            '/animate "unclosed',
+            "",
+        ]
+    )
+    result = run_cli(tmp_path, "run", stdin=typed)
+    assert result.code == 0, result.err
+    out = result.out
+    assert "/animate IMAGE PROMPT" in out  # /help
+    assert "You have 20 credits." in out
+    accepted = re.findall(r"Job (\w+) accepted: (\d) credits? held\. Balance (\d+)\.", out)
+    assert [(c, b) for _, c, b in accepted] == [("4", "16"), ("1", "15")]
+    image_job, text_job = accepted[0][0], accepted[1][0]
+    assert f"I'm already making that exact clip for you (job {image_job})" in out
+    assert "No file at nope.png." in out
+    assert "Please add a prompt describing the motion you want." in out
+    assert "Resolution '720P' isn't available; choose one of: 512P, 1024P." in out
+    assert "Unknown command /frobnicate" in out
+    assert "Commands start with a slash" in out
+    assert "unmatched quote" in out
+    for job in (image_job, text_job):
+        done = re.search(rf"\[job {job}\] Here is your clip .*\n  video: (\S+) \((\d+)x(\d+), 5\.0s\)", out)
+        assert done, out
+        info = probe_video(tmp_path / done.group(1))
+        assert info.codec == "h264" and abs(info.duration_s - 5) <= 0.5
+    assert "Traceback" not in result.err
+    assert run_cli(tmp_path, "credits", "balance", "local").out.strip() == "15"
+
+
+def test_jobs_left_in_flight_finish_on_the_next_start(tmp_path: Path) -> None:
+    # A long simulated queue, and the shell quits at once: the job stays held in the database...
+    first = run_cli(
+        tmp_path, "shell", stdin=f"/animate {SAMPLE} slow zoom\n/quit\n", env={"PREVIEW_QUEUE_SECONDS": "30"}
+    )
+    assert first.code == 0
+    job = re.search(r"Job (\w+) accepted", first.out)
+    assert job
+    assert run_cli(tmp_path, "credits", "balance", "local").out.strip() == "16"
+    # ...and the next start picks it up and delivers it, charging once.
+    second = run_cli(tmp_path, "run", stdin="", env={"PREVIEW_QUEUE_SECONDS": "0.2"})
+    assert second.code == 0
+    assert f"[job {job.group(1)}] Here is your clip" in second.out
+    history = run_cli(tmp_path, "credits", "history", "local").out
+    assert history.count("hold") == 1 and history.count("capture") == 1
