@@ -124,6 +124,7 @@ class Lifecycle:
         preferred = job.options.get("provider")
         quote = self.router.quote_usd_micros(spec, str(preferred) if preferred else None)
         if quote is None:
+            # The providers configured at start-up changed since the job was accepted.
             return await self._fail(job, messages.PROVIDER_CANNOT.format(what=job.kind), charged=False)
         now = self._clock()
         claim = await self.jobs.begin_submit(

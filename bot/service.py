@@ -15,7 +15,7 @@ from bot.budget import within_budget
 from bot.config import Settings
 from bot.errors import UserError
 from bot.media import MediaError, check_image
-from bot.policy import Options, credit_cost, dedupe_key, normalise
+from bot.policy import credit_cost, dedupe_key, normalise
 from bot.ports import AnimateRequest
 from bot.tracker import Tracker
 from providers.base import JobKind, JobSpec
@@ -64,8 +64,12 @@ class AnimationService:
         image = None
         if req.kind is JobKind.IMAGE_TO_VIDEO and req.image_bytes is not None:
             try:
-                image = check_image(
-                    req.image_bytes, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+                # Decoding a large photo takes a while: keep it off the event loop.
+                image = await asyncio.to_thread(
+                    check_image,
+                    req.image_bytes,
+                    max_bytes=self.settings.max_image_bytes,
+                    max_pixels=self.settings.max_image_pixels,
                 )
             except MediaError as exc:
                 raise UserError(exc.user_message) from exc
@@ -80,12 +84,14 @@ class AnimationService:
             kind=req.kind,
             prompt=req.prompt.strip(),
             resolution=options.resolution,
+            steps=options.steps,
+            acceleration=options.acceleration,
             duration_s=options.duration_s,
             aspect_ratio=options.aspect_ratio,
         )
         quote = self.router.quote_usd_micros(spec, options.provider)
         if quote is None:
-            raise UserError(messages.PROVIDER_CANNOT.format(what=_describe(req.kind, options)))
+            raise UserError(self._why_not(spec, options.provider))
         await self.check_budget(quote)
         await self.ledger.ensure_user(user)
         cost = credit_cost(self.settings, req.kind, options)
@@ -133,6 +139,15 @@ class AnimationService:
         held = await self.jobs.get(job.id)
         return Submitted(held or job, joined=False, balance=await self.ledger.balance(user))
 
+    def _why_not(self, spec: JobSpec, preferred: str | None) -> str:
+        """One sentence on why no provider can take this job, naming each provider's reason."""
+        reasons = [
+            f"{p.name}: {p.capabilities.refusal(spec)}"
+            for p in self.router.providers
+            if preferred in (None, p.name) and p.capabilities.refusal(spec)
+        ]
+        return messages.PROVIDER_CANNOT.format(what="; ".join(reasons) or spec.kind.value)
+
     async def check_budget(self, quote_usd_micros: int) -> None:
         """Refuse politely once the operator's daily USD cap would be passed."""
         if not await within_budget(self.settings, self.jobs, quote_usd_micros, self._clock()):
@@ -163,9 +178,3 @@ class AnimationService:
 
         await asyncio.to_thread(write)
         return path
-
-
-def _describe(kind: JobKind, options: Options) -> str:
-    if kind is JobKind.IMAGE_TO_VIDEO:
-        return f"image-to-video at {options.resolution}"
-    return f"text-to-video of {options.duration_s}s"

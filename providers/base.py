@@ -120,11 +120,24 @@ class Capabilities:
     push: bool = False  # can notify a webhook when the job ends
 
     def supports(self, spec: JobSpec) -> bool:
-        if spec.kind not in self.kinds or spec.duration_s not in self.durations:
-            return False
+        return self.refusal(spec) is None
+
+    def refusal(self, spec: JobSpec) -> str | None:
+        """Why this provider cannot make `spec`, in words fit for a member; None if it can."""
+        if spec.kind not in self.kinds:
+            return f"no {spec.kind.value}"
         if spec.kind is JobKind.IMAGE_TO_VIDEO and spec.resolution not in self.resolutions:
-            return False
-        return (spec.kind, price_resolution(spec), spec.duration_s) in self.prices_usd_micros
+            return f"resolution must be one of {', '.join(self.resolutions)}"
+        if spec.steps is not None and self.steps_range is not None:
+            low, high = self.steps_range
+            if not low <= spec.steps <= high:
+                return f"steps must be from {low} to {high}"
+        # A provider without the knob (no range, no list) ignores it rather than refusing the job.
+        if spec.acceleration is not None and self.accelerations and spec.acceleration not in self.accelerations:
+            return f"acceleration must be one of {', '.join(self.accelerations)}"
+        if (spec.kind, price_resolution(spec), spec.duration_s) not in self.prices_usd_micros:
+            return f"no {spec.duration_s}s clips"
+        return None
 
     def price_usd_micros(self, spec: JobSpec) -> int:
         return self.prices_usd_micros[(spec.kind, price_resolution(spec), spec.duration_s)]

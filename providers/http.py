@@ -126,21 +126,25 @@ class HttpClient:
         *,
         headers: Mapping[str, str],
         json_body: Any = None,
+        data: bytes | None = None,
         params: Mapping[str, str] | None = None,
         ok: Collection[int] = (200, 201, 202),
         submit: bool = False,
         attempts: int | None = None,
+        expect_json: bool = True,
     ) -> Response:
         """One logical call, retried while the error is transient.
 
         A submit is resent only when the provider certainly did not take it: it answered 429 or 503, or
         the connection was never made. A timeout or reset after sending raises SubmitOutcomeUnknown.
         `attempts=1` disables even that, for providers whose documents say never to resend a submit.
+        `data` sends raw bytes instead of JSON; `expect_json=False` accepts a reply that is not JSON.
         """
+        request = _Request(method, url, headers, json_body, data, params, ok, submit, expect_json)
         attempts = attempts or self.policy.attempts
         for attempt in range(attempts):
             try:
-                return await self._once(method, url, headers, json_body, params, ok, submit)
+                return await self._once(request)
             except TransientError as exc:
                 never_taken = exc.status in (429, 503) or isinstance(exc.__cause__, aiohttp.ClientConnectorError)
                 if attempt + 1 >= attempts or (submit and not never_taken):
@@ -158,20 +162,17 @@ class HttpClient:
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        json_body: Any,
-        params: Mapping[str, str] | None,
-        ok: Collection[int],
-        submit: bool,
-    ) -> Response:
+    async def _once(self, req: _Request) -> Response:
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout)
         try:
             async with self.session.request(
-                method, url, headers=dict(headers), json=json_body, params=params, timeout=timeout
+                req.method,
+                req.url,
+                headers=dict(req.headers),
+                json=req.json_body if req.data is None else None,
+                data=req.data,
+                params=req.params,
+                timeout=timeout,
             ) as resp:
                 raw = await resp.read()
                 status, resp_headers = resp.status, dict(resp.headers)
@@ -180,7 +181,7 @@ class HttpClient:
             raise TransientError(self.provider, f"could not connect ({type(exc).__name__})") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             what = "timed out" if isinstance(exc, TimeoutError) else f"connection failed ({type(exc).__name__})"
-            if submit:
+            if req.submit:
                 raise SubmitOutcomeUnknown(self.provider, f"submit {what} after sending") from exc
             raise TransientError(self.provider, what) from exc
         text = raw.decode("utf-8", "replace")
@@ -188,10 +189,23 @@ class HttpClient:
             body: Any = json.loads(text) if text else None
         except ValueError:
             body = None
-        if status not in ok:
+        if status not in req.ok:
             raise classify(self.provider, status, body, text, resp_headers, self.describe)
-        if body is None and text:
-            if submit:
+        if body is None and text and req.expect_json:
+            if req.submit:
                 raise SubmitOutcomeUnknown(self.provider, "submit answered with malformed JSON", status=status)
             raise TransientError(self.provider, "malformed JSON in reply", status=status)
         return Response(status=status, body=body, headers=resp_headers)
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    json_body: Any
+    data: bytes | None
+    params: Mapping[str, str] | None
+    ok: Collection[int]
+    submit: bool
+    expect_json: bool

@@ -146,8 +146,9 @@ class PixazoProvider:
         """Queue one generation; resent only when Pixazo certainly did not take it (429/503/no connection)."""
         if spec.kind is not JobKind.IMAGE_TO_VIDEO or spec.image is None:
             raise JobRejected(self.name, "Pixazo only animates an image")
-        if not self.capabilities.supports(spec):
-            raise JobRejected(self.name, f"Pixazo is not offered at {spec.resolution} for {spec.duration_s}s")
+        refusal = self.capabilities.refusal(spec)
+        if refusal:
+            raise JobRejected(self.name, f"Pixazo: {refusal}")
         if not spec.image.public_url:
             # Raised before any HTTP so the router can fail over to a provider that accepts bytes.
             raise OperatorError(

@@ -56,6 +56,9 @@ CAPABILITIES = Capabilities(
         (JobKind.TEXT_TO_VIDEO, "any", 5): 0,
         (JobKind.TEXT_TO_VIDEO, "any", 10): 0,
     },
+    # The stand-in takes every knob any real provider takes, so a setup tried offline works online.
+    accelerations=("none", "regular", "fast", "ultra_fast"),
+    steps_range=(1, 50),
     push=False,
 )
 

@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import mimetypes
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +33,7 @@ from providers.base import (
     WebhookEvent,
     usd,
 )
-from providers.errors import JobRejected, ProviderError, ResultUnusable, SubmitOutcomeUnknown, TransientError
+from providers.errors import JobRejected, ResultUnusable, SubmitOutcomeUnknown, TransientError
 from providers.http import HttpClient, RetryPolicy, Sleep, classify, default_describe
 
 log = logging.getLogger(__name__)
@@ -153,8 +152,9 @@ class WaveSpeedProvider:
         """Create one prediction. Never resent: WaveSpeed may have created it even when the reply is lost."""
         if spec.kind is not JobKind.IMAGE_TO_VIDEO or spec.image is None:
             raise JobRejected(self.name, "WaveSpeed only animates an image")
-        if not self.capabilities.supports(spec):
-            raise JobRejected(self.name, f"WaveSpeed is not offered at {spec.resolution} for {spec.duration_s}s")
+        refusal = self.capabilities.refusal(spec)
+        if refusal:
+            raise JobRejected(self.name, f"WaveSpeed: {refusal}")
         image = spec.image.public_url or await self._upload(spec.image)
         body = {
             "image": image,
@@ -233,23 +233,11 @@ class WaveSpeedProvider:
         return download_url
 
     async def _put(self, url: str, headers: dict[str, str], data: bytes) -> None:
-        """PUT the bytes to the ticket's URL with only the ticket's headers (it may be a foreign storage host)."""
-        timeout = aiohttp.ClientTimeout(total=self._policy.timeout)
-        for attempt in range(self._policy.attempts):
-            error: ProviderError
-            try:
-                async with self._session.put(url, data=data, headers=headers, timeout=timeout) as resp:
-                    text = (await resp.read()).decode("utf-8", "replace")
-                    if 200 <= resp.status < 300:
-                        return
-                    error = classify(self.name, resp.status, None, text, resp.headers, default_describe)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                # Re-sending the same bytes to the same ticket is harmless, so any failure may be retried.
-                error = TransientError(self.name, f"upload PUT failed ({type(exc).__name__})")
-            if not isinstance(error, TransientError) or attempt + 1 >= self._policy.attempts:
-                raise error
-            await self._sleep(self._policy.backoff(attempt, error.retry_after, random.random))
-        raise AssertionError("unreachable")  # pragma: no cover
+        """PUT the bytes to the ticket's URL with only the ticket's headers (it may be a foreign storage host).
+
+        Re-sending the same bytes to the same ticket is harmless, so this is retried like a status call.
+        """
+        await self._http.call("PUT", url, headers=headers, data=data, ok=range(200, 300), expect_json=False)
 
     async def _webhook_key(self, *, refresh: bool = False) -> bytes:
         """The HMAC key from GET /api/v3/webhook/secret, cached for the process."""
