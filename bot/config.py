@@ -15,7 +15,8 @@ KNOWN_PROVIDERS: tuple[ProviderName, ...] = ("fal", "pixazo", "wavespeed", "prev
 class Settings(BaseSettings):
     """Every setting the bot reads. `.env.example` documents each one."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # Empty values count as unset, so a copy of .env.example with blanks left in means "the default".
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # Storage
     database_url: str = "sqlite:///data/animabot.db"
@@ -121,6 +122,9 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per bad setting, naming the environment variable, never echoing its value."""
     lines = []
     for err in exc.errors():
-        name = "_".join(str(part) for part in err["loc"]).upper() or "settings"
+        loc = err["loc"]
+        name = str(loc[0]).upper() if loc else "settings"
+        if len(loc) > 1 and isinstance(loc[1], int):
+            name += f" (entry {loc[1] + 1})"
         lines.append(f"{name}: {err['msg']}.")
     return lines
