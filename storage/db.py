@@ -80,7 +80,11 @@ class Database:
         await reader.execute("PRAGMA busy_timeout = 5000")
         await reader.execute("PRAGMA foreign_keys = ON")
         db = cls(writer, executor, reader)
-        await db.migrate(upto)
+        try:
+            await db.migrate(upto)
+        except BaseException:
+            await db.close()  # the connections' threads would otherwise keep the process from ever exiting
+            raise
         return db
 
     async def migrate(self, upto: int | None = None) -> int:
