@@ -308,18 +308,6 @@ class Lifecycle:
         await self.ledger.release(job.id, reason="deadline passed")
         return await self._notify_final(job, messages.EXPIRED)
 
-    async def cancel(self, job: Job) -> bool:
-        """Cancel a job on a member's or moderator's request; True if it was still cancellable."""
-        if job.phase in FINAL or job.phase in (Phase.COMPLETED, Phase.DELIVERING):
-            return False
-        provider, handle = self._provider(job)
-        if provider is not None and handle is not None:
-            await provider.cancel(handle)
-        if not await self.jobs.advance(job.id, Phase.CANCELLED, detail="cancelled on request"):
-            return False
-        await self.ledger.release(job.id, reason="cancelled")
-        return True
-
     async def _fail(self, job: Job, text: str, *, charged: bool) -> float | None:
         """Release the member's credits and mark the job failed; `charged` says if the provider may bill us."""
         await self.jobs.advance(job.id, Phase.FAILED, detail=text[:200], error=text, provider_charged=charged)
@@ -336,8 +324,10 @@ class Lifecycle:
             return 60.0
         if text is None:
             text = fresh.error or (messages.EXPIRED if fresh.phase is Phase.EXPIRED else messages.INTERNAL)
-        if fresh.phase is not Phase.DELIVERED and fresh.cost:
-            text += messages.REFUND_SUFFIX.format(cost=fresh.cost, s=messages.plural(fresh.cost))
+        hold = await self.ledger.get_hold(job.id)
+        if hold is not None and hold.state == "released" and hold.amount:
+            # Only a hold that was taken and given back is a refund worth announcing.
+            text += messages.REFUND_SUFFIX.format(cost=hold.amount, s=messages.plural(hold.amount))
         try:
             await reply.fail(fresh, text)
         except Exception as exc:

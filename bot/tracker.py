@@ -8,10 +8,12 @@ import heapq
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
+FINISHED_KEPT = 4096
 Step = Callable[[str], Awaitable[float | None]]
 
 
@@ -43,7 +45,8 @@ class Tracker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._finished: dict[str, asyncio.Event] = {}
+        # Done markers for wait_finished(), oldest first; bounded so a long-running bot does not grow forever.
+        self._finished: OrderedDict[str, asyncio.Event] = OrderedDict()
         self._stopping = False
 
     def schedule(self, job_id: str, delay: float) -> None:
@@ -129,8 +132,16 @@ class Tracker:
             self.schedule(job_id, delay)
         else:
             self._finished.setdefault(job_id, asyncio.Event()).set()
+            self._trim_finished()
         self._check_idle()
         self._wake.set()
+
+    def _trim_finished(self) -> None:
+        """Forget the oldest done markers; one still awaited (not set) is kept and moved to the back."""
+        for _ in range(len(self._finished) - FINISHED_KEPT):
+            job_id, event = self._finished.popitem(last=False)
+            if not event.is_set():
+                self._finished[job_id] = event
 
     def _check_idle(self) -> None:
         if not self._due and not self._running:

@@ -356,3 +356,28 @@ async def delay_at(p: PollPlanner, state: JobState, t: float, started: float | N
     return await p.next_delay(
         provider="fal", key="k", state=state, now=t, submitted_at=0.0, started_at=started, push=False
     )
+
+
+async def test_done_markers_are_bounded_but_a_waiter_is_never_dropped(
+    run_tracker: Callable[..., Tracker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "FINISHED_KEPT", 3)
+    release = asyncio.Event()
+
+    async def step(job_id: str) -> float | None:
+        if job_id == "slow":
+            await release.wait()
+        return None
+
+    tracker = run_tracker(step)
+    waiter = asyncio.create_task(tracker.wait_finished("slow"))
+    tracker.poke("slow")
+    for i in range(20):
+        tracker.poke(f"quick-{i}")
+        await asyncio.wait_for(tracker.wait_finished(f"quick-{i}"), 5)
+    assert not waiter.done()
+    release.set()
+    await asyncio.wait_for(waiter, 5)  # still woken after 20 other jobs finished past the bound
+    await asyncio.wait_for(tracker.wait_finished("quick-19"), 5)  # recent ones are remembered
