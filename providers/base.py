@@ -172,3 +172,16 @@ class Provider(Protocol):
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent | None:
         """The callback's content if it is authentic (or unsigned by design), None if forged or stale."""
         ...
+
+
+def video_of(provider: str, status: JobStatus) -> VideoResult:
+    """The clip from a status that carries its outputs (Pixazo, WaveSpeed), or the error that says why not."""
+    from providers.errors import JobRejected, ResultUnusable
+
+    if status.state is JobState.COMPLETED and status.video is not None:
+        return status.video
+    if status.state is JobState.FAILED:
+        raise JobRejected(provider, status.error or "generation failed", charged=status.charged)
+    if status.state is JobState.COMPLETED:
+        raise ResultUnusable(provider, "the provider reported the job complete without a video")
+    raise ResultUnusable(provider, f"the job is not finished ({status.state})")

@@ -27,8 +27,9 @@ from providers.base import (
     VideoResult,
     WebhookEvent,
     usd,
+    video_of,
 )
-from providers.errors import JobRejected, OperatorError, ResultUnusable, TransientError
+from providers.errors import JobRejected, OperatorError, TransientError
 from providers.http import HttpClient, RetryPolicy, Sleep, default_describe
 
 log = logging.getLogger(__name__)
@@ -196,14 +197,7 @@ class PixazoProvider:
 
     async def result(self, handle: JobHandle) -> VideoResult:
         """The finished clip's URL; Pixazo returns it with the status, so this is one status call."""
-        status = await self.status(handle)
-        if status.state is JobState.COMPLETED and status.video is not None:
-            return status.video
-        if status.state is JobState.FAILED:
-            raise JobRejected(self.name, status.error or "generation failed", charged=status.charged)
-        if status.state is JobState.COMPLETED:
-            raise ResultUnusable(self.name, "Pixazo reported COMPLETED without a media URL")
-        raise ResultUnusable(self.name, f"the job is not finished ({status.state})")
+        return video_of(self.name, await self.status(handle))
 
     async def cancel(self, handle: JobHandle) -> bool:
         """Pixazo documents no cancel endpoint, so nothing is sent."""

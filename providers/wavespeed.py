@@ -32,8 +32,9 @@ from providers.base import (
     VideoResult,
     WebhookEvent,
     usd,
+    video_of,
 )
-from providers.errors import JobRejected, ResultUnusable, SubmitOutcomeUnknown, TransientError
+from providers.errors import JobRejected, SubmitOutcomeUnknown, TransientError
 from providers.http import HttpClient, RetryPolicy, Sleep, classify, default_describe
 
 log = logging.getLogger(__name__)
@@ -190,14 +191,7 @@ class WaveSpeedProvider:
 
     async def result(self, handle: JobHandle) -> VideoResult:
         """The finished clip's URL (outputs[0]) from one result call."""
-        status = await self.status(handle)
-        if status.state is JobState.COMPLETED and status.video is not None:
-            return status.video
-        if status.state is JobState.FAILED:
-            raise JobRejected(self.name, status.error or "generation failed", charged=status.charged)
-        if status.state is JobState.COMPLETED:
-            raise ResultUnusable(self.name, "WaveSpeed reported completed without an output")
-        raise ResultUnusable(self.name, f"the job is not finished ({status.state})")
+        return video_of(self.name, await self.status(handle))
 
     async def cancel(self, handle: JobHandle) -> bool:
         """WaveSpeed documents no cancel for predictions, so nothing is sent."""
