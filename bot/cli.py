@@ -132,7 +132,11 @@ async def run_bot(app: App, args: argparse.Namespace) -> int:
 
     app.add_replies(PLATFORM, ConsoleReply)
     app.add_replies("cli", lambda target: FileReply(target, {}))
-    runner = await start_web(app) if args.command == "run" else None
+    try:
+        runner = await start_web(app) if args.command == "run" else None
+    except UserError as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_USAGE
     try:
         await app.start()
         await run_console(app.service, user=getattr(args, "user", "local"))

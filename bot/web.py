@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
 
 from bot.app import App
+from bot.errors import UserError
 from providers.base import JobHandle
 from providers.errors import ProviderError
 from storage.jobs import FINAL
@@ -84,7 +86,13 @@ async def start_web(app: App) -> web.AppRunner:
     runner = web.AppRunner(make_web_app(app), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, app.settings.web_host, app.settings.web_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        where = f"{app.settings.web_host}:{app.settings.web_port}"
+        why = os.strerror(exc.errno).lower() if exc.errno else "cannot bind"
+        raise UserError(f"The web server cannot listen on {where} ({why}); set WEB_HOST or WEB_PORT.") from exc
     log.info("web server listening on %s:%s", app.settings.web_host, bound_port(runner))
     return runner
 

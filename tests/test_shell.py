@@ -67,3 +67,17 @@ def test_jobs_left_in_flight_finish_on_the_next_start(tmp_path: Path) -> None:
     assert f"[job {job.group(1)}] Here is your clip" in second.out
     history = run_cli(tmp_path, "credits", "history", "local").out
     assert history.count("hold") == 1 and history.count("capture") == 1
+
+
+def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, "run", stdin="", env={"WEB_PORT": str(port)})
+    assert result.code == 2
+    assert result.err_lines() == [
+        f"The web server cannot listen on 127.0.0.1:{port} (address already in use); set WEB_HOST or WEB_PORT."
+    ]
