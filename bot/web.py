@@ -53,8 +53,11 @@ async def webhook(request: web.Request) -> web.Response:
     try:
         event = await provider.verify_webhook(request.headers, body)
     except ProviderError as exc:
-        # We could not check the signature just now (key fetch failed): ask the provider to deliver again.
+        # We cannot check signatures just now (the key fetch failed). The URL's token is still right, so
+        # treat it as an unsigned hint, as for Pixazo: one status call decides. 503 asks for a redelivery.
         log.warning("webhook for job %s could not be verified yet: %s", job.id, exc.detail)
+        if job.phase not in FINAL:
+            app.tracker.poke(job.id)
         return web.Response(status=503)
     if event is None:
         log.warning("webhook for job %s refused: bad signature, stale, or malformed", job.id)

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from providers.errors import ProviderError
+from providers.errors import ProviderError, TransientError
 from providers.http import HttpClient
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,11 @@ class SignatureVerifier:
             log.warning("fal webhook with a signature of the wrong length ignored")
             return None
         message = "\n".join((request_id, user_id, timestamp, hashlib.sha256(body).hexdigest())).encode()
-        if _any_key_verifies(await self._jwks.keys(), signature, message):
+        keys = await self._jwks.keys()
+        if not keys:
+            # Not a verdict on this callback: we cannot check anything until fal's key set is reachable again.
+            raise TransientError("fal", "fal's webhook signing keys could not be fetched; cannot verify now")
+        if _any_key_verifies(keys, signature, message):
             return request_id
         # fal may have rotated its keys since the cache was filled: look once more, rate-limited.
         fresh = await self._jwks.refresh()

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from providers.base import JobState
+from providers.errors import TransientError
 from providers.fal import FalProvider
 from tests.fakes.fal_faults import unavailable
 from tests.fakes.fal_jobs import Plan
@@ -200,7 +201,9 @@ async def test_unreachable_jwks_fails_closed(
 ) -> None:
     fake.faults.add("jwks", unavailable(503), times=2)  # both attempts of one fetch
     _, [got] = await finished_callbacks(fal, fake, receiver)
-    assert await fal.verify_webhook(got.headers, got.body) is None
+    # Never trusted without keys; "cannot verify now" (not "forged"), so the receiver can ask for a redelivery.
+    with pytest.raises(TransientError, match="could not be fetched"):
+        await fal.verify_webhook(got.headers, got.body)
     clock.advance(61)
     assert await fal.verify_webhook(got.headers, got.body) is not None  # JWKS is back after the fault burst
 

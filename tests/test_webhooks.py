@@ -20,6 +20,7 @@ import pytest
 from storage.jobs import Phase
 from storage.ledger import EntryKind
 from tests.fakes.clips import png_bytes
+from tests.fakes.fal_faults import unavailable
 from tests.fakes.fal_server import FakeFal
 from tests.fakes.fal_webhooks import WebhookFaults
 from tests.fakes.pixazo_server import FakePixazo
@@ -102,6 +103,20 @@ async def test_a_callback_for_a_finished_job_is_harmless(fal_kit: Kit, fal: Fake
     assert len(fal.requests) == calls  # no status call, no result fetch, no download
     assert fal_kit.replies.deliveries[job_id] == 1
     assert await fal_kit.ledger_kinds(job_id) == [EntryKind.HOLD, EntryKind.CAPTURE]
+
+
+async def test_unreachable_signing_keys_still_deliver_promptly(fal_kit: Kit, fal: FakeFal) -> None:
+    # fal's key set is down: the callback cannot be verified, so it is answered 503 (fal will redeliver),
+    # yet its unguessable URL was right, so it still wakes the job and one status call decides.
+    fal.faults.add("jwks", unavailable(503), times=50)
+    job_id, rid = await fal_job(fal_kit, fal)
+    started = time.monotonic()
+    fal.complete(rid)
+    await delivered_once(fal_kit, job_id)
+    assert time.monotonic() - started < QUICK
+    [delivery] = await fal.wait_deliveries(1)
+    assert delivery.status == 503
+    assert status_calls(fal, rid) == 1
 
 
 @pytest.mark.parametrize(
