@@ -133,8 +133,9 @@ class App:
             log.info("resuming %d unfinished job(s)", resumed)
         return resumed
 
-    async def close(self) -> None:
-        await self.tracker.stop()
+    async def close(self, *, grace: float = 10.0) -> None:
+        """Stop tracking (letting calls in flight land for up to `grace` s), then release everything."""
+        await self.tracker.stop(grace)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -98,9 +98,18 @@ class Tracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Start no new step; let running ones finish for up to `grace` seconds, then cancel them.
+
+        Cutting a step short is safe (every phase is written before it is acted on) but can cost a member:
+        a submit cut off mid-call has an unknown outcome and is refunded rather than resent. So a graceful
+        stop lets the calls in flight land first.
+        """
         self._stopping = True
         self._wake.set()
+        running = list(self._tasks)
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

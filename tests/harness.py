@@ -111,4 +111,4 @@ async def running_app(settings: Settings) -> AsyncIterator[Harness]:
     try:
         yield Harness(app, replies)
     finally:
-        await app.close()
+        await app.close(grace=0)  # abrupt, like a crash: tests of resume rely on steps being cut off

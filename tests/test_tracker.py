@@ -216,13 +216,28 @@ async def test_many_jobs_share_one_loop_and_all_finish(run_tracker: Callable[...
     assert len(asyncio.all_tasks()) < 10  # no coroutine left sleeping per job
 
 
-async def test_stop_cancels_running_steps(run_tracker: Callable[..., Tracker]) -> None:
+async def test_stop_cancels_running_steps_after_the_grace(run_tracker: Callable[..., Tracker]) -> None:
     gate = Gate()
     tracker = run_tracker(gate)
     tracker.poke("a")
     await gate.has_entered("a").wait()
-    await tracker.stop()
+    await tracker.stop(grace=0.05)
     assert gate.running == 0
+    assert gate.calls["a"] == 1
+
+
+async def test_stop_lets_a_running_step_finish_and_starts_no_new_one(run_tracker: Callable[..., Tracker]) -> None:
+    gate = Gate()
+    tracker = run_tracker(gate)
+    tracker.poke("a")
+    await gate.has_entered("a").wait()
+    stopping = asyncio.create_task(tracker.stop(grace=5))
+    await asyncio.sleep(0)  # let stop() begin waiting
+    tracker.poke("b")
+    gate.gate("a").set()
+    await asyncio.wait_for(stopping, 5)
+    assert gate.calls["a"] == 1  # it ran to its end rather than being cut off
+    assert gate.calls["b"] == 0
 
 
 # -- PollPlanner --------------------------------------------------------------------------------------------

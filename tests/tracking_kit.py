@@ -164,7 +164,7 @@ async def running(
     finally:
         if runner is not None:
             await runner.cleanup()
-        await app.close()
+        await app.close(grace=0)  # abrupt, like a crash: tests of resume rely on steps being cut off
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
