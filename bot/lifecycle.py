@@ -294,7 +294,7 @@ class Lifecycle:
         await self.ledger.capture(job.id)
         await self.jobs.advance(job.id, Phase.DELIVERED, only_from=frozenset({Phase.DELIVERING}))
         await self.jobs.update(job.id, notified_at=self._clock())
-        self._forget(job.id)
+        await self._done(job)
         return None
 
     async def _expire(self, job: Job) -> float | None:
@@ -336,7 +336,7 @@ class Lifecycle:
                 self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
                 return 30.0
         await self.jobs.update(job.id, notified_at=self._clock())
-        self._forget(job.id)
+        await self._done(fresh)
         return None
 
     # -- helpers --------------------------------------------------------------------------------
@@ -418,6 +418,13 @@ class Lifecycle:
         if not (self.settings.public_base_url and job.webhook_token):
             return None
         return f"{self.settings.public_base_url.rstrip('/')}/hooks/{job.webhook_token}"
+
+    async def _done(self, job: Job) -> None:
+        """A settled, announced job: drop what we held for it, the member's input image included."""
+        self._forget(job.id)
+        if job.image_path:
+            # Nothing reads it again (a job is never resubmitted), and a member's picture is not ours to keep.
+            await asyncio.to_thread(Path(job.image_path).unlink, missing_ok=True)
 
     def _forget(self, job_id: str) -> None:
         self._attempts.pop(job_id, None)

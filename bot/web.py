@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from bot.app import App
+from bot.budget import start_of_utc_day
 from bot.errors import UserError
 from providers.base import JobHandle
 from providers.errors import ProviderError
-from storage.jobs import FINAL
+from storage.jobs import FINAL, Phase
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ def make_web_app(app: App) -> web.Application:
     web_app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     web_app[APP_KEY] = app
     web_app.router.add_get("/healthz", health)
+    web_app.router.add_get("/metrics", metrics)
     web_app.router.add_post("/hooks/{token}", webhook)
     web_app.router.add_get("/media/{token}", media)
     return web_app
@@ -33,6 +36,27 @@ def make_web_app(app: App) -> web.Application:
 async def health(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     return web.json_response({"ok": True, "jobs_in_flight": app.tracker.pending(), "providers": app.router.names()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: jobs by phase, work in flight, credits held, today's provider spend."""
+    app = request.app[APP_KEY]
+    counts = await app.jobs.phase_counts()
+    spent = await app.jobs.spent_usd_micros_since(start_of_utc_day(time.time()))
+    lines = ["# HELP animabot_jobs Jobs by phase.", "# TYPE animabot_jobs gauge"]
+    lines += [f'animabot_jobs{{phase="{phase.value}"}} {counts.get(phase.value, 0)}' for phase in Phase]
+    lines += [
+        "# HELP animabot_jobs_tracked Jobs scheduled or being stepped by the tracker.",
+        "# TYPE animabot_jobs_tracked gauge",
+        f"animabot_jobs_tracked {app.tracker.pending()}",
+        "# HELP animabot_credits_held Credits held for jobs in flight.",
+        "# TYPE animabot_credits_held gauge",
+        f"animabot_credits_held {await app.ledger.held_total()}",
+        "# HELP animabot_spend_usd_today What providers may bill for jobs submitted today (UTC).",
+        "# TYPE animabot_spend_usd_today gauge",
+        f"animabot_spend_usd_today {spent / 1_000_000:.6f}",
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 
 async def webhook(request: web.Request) -> web.Response:

@@ -272,6 +272,11 @@ class JobStore:
         row = await self.db.fetchone(_SPENT_SQL, (since,))
         return int(row[0]) if row else 0
 
+    async def phase_counts(self) -> dict[str, int]:
+        """How many jobs are in each phase (for /metrics)."""
+        rows = await self.db.fetchall("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
+
     async def events(self, job_id: str) -> list[tuple[str, str]]:
         rows = await self.db.fetchall("SELECT state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
         return [(r["state"], r["detail"]) for r in rows]

@@ -160,6 +160,11 @@ class Ledger:
         row = await self.db.fetchone("SELECT * FROM holds WHERE job_id = ?", (job_id,))
         return _hold(row) if row else None
 
+    async def held_total(self) -> int:
+        """Credits currently held for jobs in flight."""
+        row = await self.db.fetchone("SELECT COALESCE(SUM(amount), 0) AS s FROM holds WHERE state = 'held'")
+        return int(row["s"]) if row else 0
+
     async def open_holds(self) -> list[Hold]:
         return [_hold(r) for r in await self.db.fetchall("SELECT * FROM holds WHERE state = 'held'")]
 

@@ -27,6 +27,7 @@ async def test_image_job_is_delivered_and_charged_once(tmp_path: Path) -> None:
         assert await h.balance() == 6
         hold = await h.app.ledger.get_hold(job.id)
         assert hold is not None and hold.state == "captured"
+        assert job.image_path is not None and not Path(job.image_path).exists()  # the member's picture is not kept
 
 
 async def test_double_click_joins_the_first_job(tmp_path: Path) -> None:
@@ -43,3 +44,13 @@ async def test_too_few_credits_is_refused_without_charge(tmp_path: Path) -> None
         with pytest.raises(UserError, match="costs 4 credits and you have 3"):
             await h.animate(image=png_bytes(128, 96))
         assert await h.balance() == 3
+
+
+async def test_a_failed_job_does_not_keep_the_picture_either(tmp_path: Path) -> None:
+    async with running_app(make_settings(tmp_path, starting_credits=10, max_video_bytes=1024)) as h:
+        submitted = await h.animate(image=png_bytes(128, 96))
+        job = await h.finish(submitted.job.id)
+        assert job.phase is Phase.FAILED  # the rendered clip is over the 1 kB cap
+        assert h.replies.seen(job.id).failed
+        assert job.image_path is not None and not Path(job.image_path).exists()
+        assert await h.balance() == 10
