@@ -89,15 +89,29 @@ def load_settings() -> Settings:
     return settings
 
 
+def setup_logging(settings: Settings, command: str) -> None:
+    """Where the terminal is the member's chat or a one-shot command, only warnings reach it; the full log
+    (at LOG_LEVEL) goes to DATA_DIR/animabot.log. A server run logs everything to stderr."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    interactive = command != "run" or not (settings.discord_token or settings.telegram_bot_token)
+    if interactive:
+        console.setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+        if command != "credits":
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            to_file = logging.FileHandler(settings.data_dir / "animabot.log", encoding="utf-8")
+            to_file.setFormatter(fmt)
+            root.addHandler(to_file)
+    root.addHandler(console)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
-    one_shot = args.command in ("animate", "video", "credits")
-    logging.basicConfig(
-        level=max(logging.WARNING, logging.getLevelName(settings.log_level)) if one_shot else settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(settings, args.command)
     if args.command != "credits":
         for note in settings.notes():
             print(note, file=sys.stderr)
