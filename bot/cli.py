@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,6 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    # SIGTERM (systemd, docker stop) stops like Ctrl-C: calls in flight land, the rest resumes next start.
+    main_task = asyncio.current_task()
+    stopped = False
+
+    def on_term() -> None:
+        nonlocal stopped
+        stopped = True
+        if main_task is not None:
+            main_task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
     app = await App.build(settings)
     try:
         match args.command:
@@ -132,6 +144,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 return await one_job(app, args)
             case _:
                 return await run_bot(app, args)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        print("Stopped; unfinished jobs resume on the next start.", file=sys.stderr)
+        return 0
     finally:
         await app.close()
 

@@ -81,3 +81,38 @@ def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
     assert result.err_lines() == [
         f"The web server cannot listen on 127.0.0.1:{port} (address already in use); set WEB_HOST or WEB_PORT."
     ]
+
+
+def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.cli_run import bot_env
+
+    env = bot_env(tmp_path, {"PREVIEW_QUEUE_SECONDS": "30"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(f"/animate {SAMPLE} hold on\n")
+    proc.stdin.flush()
+    for line in proc.stdout:  # wait until the shell has seen the job through to the provider's queue
+        if "Queued" in line:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Stopped; unfinished jobs resume on the next start." in err
+    assert "Traceback" not in err
+    second = run_cli(tmp_path, "run", stdin="", env={"PREVIEW_QUEUE_SECONDS": "0.2"})
+    assert "Here is your clip" in second.out
+    history = run_cli(tmp_path, "credits", "history", "local").out
+    assert history.count("hold") == 1 and history.count("capture") == 1 and "release" not in history

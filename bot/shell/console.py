@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -15,6 +16,8 @@ from bot.ports import AnimateRequest, Requester
 from bot.service import AnimationService
 from bot.shell.commands import Command, parse, parse_duration, parse_steps
 from providers.base import JobKind
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "shell"
 
@@ -124,10 +127,15 @@ async def run_console(service: AnimationService, *, user: str = "local") -> None
     loop = asyncio.get_running_loop()
 
     def reader() -> None:
-        # A daemon thread, so a blocked read never keeps the process alive after /quit.
-        for raw in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, raw)
-        loop.call_soon_threadsafe(lines.put_nowait, None)
+        # A daemon thread, so a blocked read never keeps the process alive after /quit. A terminal that
+        # hangs up makes reads fail (EIO) rather than end: that is the end of input too.
+        try:
+            for raw in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, raw)
+        except (OSError, ValueError) as exc:
+            log.info("stdin closed: %s", exc)
+        finally:
+            loop.call_soon_threadsafe(lines.put_nowait, None)
 
     threading.Thread(target=reader, name="stdin", daemon=True).start()
     while True:
