@@ -13,6 +13,7 @@ HELP = (
 EMPTY_PROMPT = "Please add a prompt describing the motion you want."
 NO_IMAGE = "Please attach an image to animate."
 UNKNOWN_PROVIDER = "I don't know the provider {name!r}; choose one of: {choices}."
+PROVIDER_NOT_SET_UP = "The {name} provider isn't set up on this bot; choose one of: {choices}."
 PROVIDER_CANNOT = "No configured provider can make that ({what})."
 
 

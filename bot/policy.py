@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from bot import messages
-from bot.config import Settings
+from bot.config import KNOWN_PROVIDERS, Settings
 from bot.errors import UserError
 from bot.ports import AnimateRequest
 from providers.base import JobKind
@@ -50,7 +50,9 @@ def normalise(req: AnimateRequest, settings: Settings, provider_names: list[str]
     if "\x00" in prompt:
         raise UserError("The prompt contains characters I can't send on.")
     if req.provider is not None and req.provider not in provider_names:
-        raise UserError(messages.UNKNOWN_PROVIDER.format(name=req.provider, choices=", ".join(provider_names)))
+        known = req.provider in KNOWN_PROVIDERS
+        template = messages.PROVIDER_NOT_SET_UP if known else messages.UNKNOWN_PROVIDER
+        raise UserError(template.format(name=req.provider, choices=", ".join(provider_names)))
     if req.kind is JobKind.IMAGE_TO_VIDEO:
         if req.image_bytes is None:
             raise UserError(messages.NO_IMAGE)

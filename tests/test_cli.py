@@ -140,3 +140,10 @@ def test_too_few_credits_is_refused_with_the_numbers(tmp_path: Path) -> None:
 def test_steps_out_of_range_is_refused(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "animate", str(SAMPLE), "go", "--steps", "500")
     assert result.code == 1 and result.err_lines() == ["Steps must be a whole number from 1 to 50."]
+
+
+def test_a_provider_without_a_key_is_named_as_not_set_up(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "animate", str(SAMPLE), "go", "--provider", "fal")
+    assert result.code == 1
+    assert result.err_lines() == ["The fal provider isn't set up on this bot; choose one of: preview."]
+    assert run_cli(tmp_path, "credits", "balance", "local").out.strip() == "20"
