@@ -171,6 +171,9 @@ async def test_a_bad_key_exits_non_zero_saying_it_is_not_the_users_fault(
     assert run.last_error_line.startswith("The video service is unavailable right now (not your fault)")
     assert "Traceback" not in run.stderr
     assert "fal-wrong-key" not in run.stderr
+    log = (tmp_path / "data" / "animabot.log").read_text()
+    assert "animabot.alerts" in log and "401" in log  # the operator can see what went wrong...
+    assert "fal-wrong-key" not in log  # ...without the key ever being written down
 
 
 async def test_a_missing_key_is_a_one_line_config_error(tmp_path: Path, workdir: Path) -> None:
