@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         order = self.provider_order()
         if order == ["preview"]:
             notes.append("No provider key set: using the offline preview provider (renders a local zoom clip).")
+        if "preview" in order and len(order) > 1:
+            notes.append(
+                "PROVIDERS mixes preview with real providers: members may be charged for an offline preview clip "
+                "when the others fail."
+            )
         if "pixazo" in order and not self.public_base_url:
             notes.append(
                 "Pixazo needs a public image URL: without PUBLIC_BASE_URL it only takes images that already "

@@ -54,3 +54,8 @@ def test_absolute_database_url(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "credits", "grant", "bob", "3", env={"DATABASE_URL": f"sqlite:///{db}"})
     assert result.code == 0 and result.out.strip() == "23"
     assert db.exists()
+
+
+def test_mixing_preview_with_real_providers_is_pointed_out(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "animate", "missing.png", "go", env={"PROVIDERS": "fal,preview", "FAL_KEY": "k"})
+    assert "members may be charged for an offline preview clip" in result.err
