@@ -192,7 +192,6 @@ class Lifecycle:
         now = self._clock()
         if status.state is JobState.FAILED:
             reason = _sentence(status.error or "the job failed")
-            await self.jobs.update(job.id, provider_charged=status.charged)
             return await self._fail(job, messages.REJECTED.format(reason=reason), charged=status.charged)
         if status.state is JobState.COMPLETED:
             started = job.started_at or status.started_at

@@ -123,6 +123,7 @@ class AnimationService:
                 )
             )
         except DuplicateJob as dup:
+            await _discard(image_path)
             dup_job = await self.jobs.get(dup.existing_id)
             if dup_job is None:  # pragma: no cover - it was open a moment ago
                 raise
@@ -133,6 +134,7 @@ class AnimationService:
             # Another request spent the credits between our check and the hold: nothing was charged.
             await self.jobs.advance(job.id, Phase.FAILED, detail="insufficient credits at hold")
             await self.jobs.update(job.id, notified_at=self._clock())
+            await _discard(image_path)
             raise UserError(messages.not_enough_credits(exc.balance, cost)) from exc
         await self.jobs.advance(job.id, Phase.HELD, only_from=frozenset({Phase.RECEIVED}))
         self.tracker.poke(job.id)
@@ -178,3 +180,9 @@ class AnimationService:
 
         await asyncio.to_thread(write)
         return path
+
+
+async def _discard(path: Path | None) -> None:
+    """Drop a saved input that no job will use (a request that joined another, or was refused at the hold)."""
+    if path is not None:
+        await asyncio.to_thread(path.unlink, missing_ok=True)

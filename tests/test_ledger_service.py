@@ -124,6 +124,7 @@ async def test_a_rush_of_requests_spends_exactly_what_the_balance_covers(tmp_pat
         assert await h.balance() == 0
         assert await h.app.ledger.entries_sum("test:alice") == 0
         assert sorted(submitted_prompts(fal)) == sorted(s.job.prompt for s in accepted)
+        assert list((h.app.settings.data_dir / "inputs").iterdir()) == []  # no refused member's picture kept
 
 
 async def test_a_double_click_joins_even_when_the_first_took_the_last_credits(tmp_path: Path, fal: FakeFal) -> None:
@@ -146,3 +147,4 @@ async def test_identical_requests_at_once_are_one_job(tmp_path: Path, fal: FakeF
         await h.finish(results[0].job.id)
         assert await h.balance() == 16
         assert len(fal.calls("submit")) == 1
+        assert list((h.app.settings.data_dir / "inputs").iterdir()) == []
